@@ -1,0 +1,157 @@
+"""The full pretraining config with paper defaults, and its validation.
+
+Each file in `configs/` starts from `base_config()` and overrides what its recipe
+changes; `validate(config, ...)` runs before anything compiles and names every bad
+value together with the accepted range.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from byol_jax import augmentations
+from byol_jax import networks
+from byol_jax import update
+
+# Official presets keyed by epochs (spec 4.3): base lr, weight decay, tau_base.
+IMAGENET_PRESETS = {
+    40: dict(base_lr=0.45, weight_decay=1e-6, base_target_ema=0.97),
+    100: dict(base_lr=0.45, weight_decay=1e-6, base_target_ema=0.99),
+    300: dict(base_lr=0.30, weight_decay=1e-6, base_target_ema=0.99),
+    1000: dict(base_lr=0.20, weight_decay=1.5e-6, base_target_ema=0.996),
+}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Paper main setting: ResNet-50, ImageNet, batch 4096, 1000 epochs."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict(dict(
+      dataset='imagenet2012',
+      data_dir=ml_collections.FieldReference(None, field_type=str),
+      train_split='train',
+      eval_split='train[-10009:]',  # paper's local validation: the last 10,009 images
+      test_split='validation',
+      image_size=224,
+      crop_sampler='official',      # single attempt (official); 'inception' retries
+      crop_area_range=(0.08, 1.0),
+      crop_aspect_range=(3. / 4., 4. / 3.),
+      eval_crop_fraction=0.875,
+      shuffle_buffer=10_000,
+      skip_corrupt=False,
+  ))
+
+  config.model = networks.model_config()
+
+  config.augmentation = ml_collections.ConfigDict(dict(
+      enabled=True,
+      view1=augmentations.view_config(1),
+      view2=augmentations.view_config(2),
+  ))
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='lars',
+      base_lr=0.2,           # peak lr = base_lr * batch_size / 256
+      weight_decay=1.5e-6,
+      eta=1e-3,
+      momentum=0.9,
+      warmup_epochs=10.,
+      warmup_steps=-1,       # -1: derived from warmup_epochs
+  ))
+
+  config.training = ml_collections.ConfigDict(dict(
+      batch_size=4096,       # global, effective (after accumulation)
+      epochs=1000.,
+      total_steps=-1,        # -1: derived as epochs * num_train_examples // batch_size
+      base_target_ema=0.996,
+      accumulation_steps=1,
+      log_every=100,
+      checkpoint_every=1000,
+      keep_checkpoints=3,
+      eval_every=5000,       # 0 disables periodic evaluation (the final one still runs)
+  ))
+
+  config.evaluation = ml_collections.ConfigDict(dict(
+      batch_size=1000,
+      knn_k=200,
+      knn_temperature=0.1,
+      knn_train_split='',    # '' -> data.train_split
+      online_classifier=True,
+      knn=True,
+  ))
+  return config
+
+
+def apply_imagenet_preset(config: ml_collections.ConfigDict, epochs: int) -> None:
+  """Sets epochs, base lr, weight decay and tau_base from the official preset table."""
+  if epochs not in IMAGENET_PRESETS:
+    raise ValueError(f'no official preset for {epochs} epochs; presets exist for '
+                     f'{sorted(IMAGENET_PRESETS)} (other epoch counts: set the values).')
+  preset = IMAGENET_PRESETS[epochs]
+  config.training.epochs = float(epochs)
+  config.optimizer.base_lr = preset['base_lr']
+  config.optimizer.weight_decay = preset['weight_decay']
+  config.training.base_target_ema = preset['base_target_ema']
+
+
+def validate(config: ml_collections.ConfigDict, *, device_count: int,
+             num_train_examples: int | None = None) -> None:
+  """Raises ValueError listing every invalid value with what is accepted."""
+  errors = []
+
+  def check(ok, message):
+    if not ok:
+      errors.append(message)
+
+  training = config.training
+  try:
+    networks.validate_model_config(config.model)
+  except ValueError as e:
+    errors.append(str(e))
+  batch, micro = training.batch_size, training.accumulation_steps
+  check(isinstance(micro, int) and micro >= 1,
+        f'training.accumulation_steps={micro!r} must be an integer >= 1.')
+  check(isinstance(batch, int) and batch >= 1,
+        f'training.batch_size={batch!r} must be a positive integer.')
+  if not errors:
+    check(batch % (device_count * micro) == 0,
+          f'training.batch_size={batch} must be divisible by device_count ({device_count}) '
+          f'x accumulation_steps ({micro}) = {device_count * micro}; use e.g. '
+          f'{max(1, batch // (device_count * micro)) * device_count * micro}.')
+  check(training.epochs > 0, f'training.epochs={training.epochs!r} must be > 0.')
+  check(0. <= training.base_target_ema <= 1.,
+        f'training.base_target_ema={training.base_target_ema!r} must be in [0, 1].')
+  opt = config.optimizer
+  check(opt.base_lr > 0, f'optimizer.base_lr={opt.base_lr!r} must be > 0.')
+  check(opt.weight_decay >= 0,
+        f'optimizer.weight_decay={opt.weight_decay!r} must be >= 0.')
+  check(opt.warmup_epochs >= 0,
+        f'optimizer.warmup_epochs={opt.warmup_epochs!r} must be >= 0.')
+  check(0 <= opt.momentum < 1, f'optimizer.momentum={opt.momentum!r} must be in [0, 1).')
+  check(opt.name == 'lars', f"optimizer.name={opt.name!r}: only 'lars' is implemented.")
+  check(config.model.target_init in ('copy', 'independent'),
+        f"model.target_init={config.model.target_init!r} must be 'copy' or 'independent'.")
+  check(config.data.crop_sampler in ('official', 'inception'),
+        f"data.crop_sampler={config.data.crop_sampler!r} must be 'official' or 'inception'.")
+  check(config.data.image_size >= 8,
+        f'data.image_size={config.data.image_size!r} must be >= 8 pixels.')
+  for key in ('log_every', 'checkpoint_every', 'keep_checkpoints'):
+    check(training[key] >= 1, f'training.{key}={training[key]!r} must be >= 1.')
+  check(training.eval_every >= 0, f'training.eval_every={training.eval_every!r} must be '
+        '>= 0 (0 disables periodic evaluation).')
+  check(config.evaluation.knn_k >= 1,
+        f'evaluation.knn_k={config.evaluation.knn_k!r} must be >= 1.')
+  check(config.evaluation.knn_temperature > 0,
+        f'evaluation.knn_temperature={config.evaluation.knn_temperature!r} must be > 0.')
+  if num_train_examples is not None and not errors:
+    settings = update.settings_from_config(config, num_train_examples, num_classes=1)
+    check(settings.total_steps >= 1,
+          f'training.epochs={training.epochs} over {num_train_examples} examples at batch '
+          f'{batch} gives {settings.total_steps} steps; train for at least one step.')
+    check(settings.warmup_steps < settings.total_steps,
+          f'the warmup ({settings.warmup_steps} steps from optimizer.warmup_epochs='
+          f'{opt.warmup_epochs}) must be shorter than training ({settings.total_steps} '
+          'steps); lower optimizer.warmup_epochs or raise training.epochs.')
+  if errors:
+    raise ValueError('invalid config:\n  ' + '\n  '.join(errors))
