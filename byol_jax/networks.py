@@ -199,6 +199,14 @@ def _compute_dtype(precision: str):
   raise ValueError(f"model precision must be 'float32' or 'bfloat16', got {precision!r}")
 
 
+def _float32_creator(next_creator, shape, dtype, init, context):
+  """Parameters are created and stored in float32 whatever the compute dtype."""
+  del context
+  if jnp.issubdtype(dtype, jnp.floating):
+    dtype = jnp.float32
+  return next_creator(shape, dtype, init)
+
+
 def _cast_params_getter(dtype):
   """Hands conv/linear weights to the computation in `dtype`; BN params stay float32."""
 
@@ -235,7 +243,7 @@ def make_byol_network(model_config: ml_collections.ConfigDict,
                 cross_replica_axis=cross_replica_axis)
 
   def forward(images: jax.Array, is_training: bool, target: bool = False):
-    with hk.custom_getter(_cast_params_getter(dtype)):
+    with hk.custom_creator(_float32_creator), hk.custom_getter(_cast_params_getter(dtype)):
       x = normalize_images(images).astype(dtype)
       embedding = encoder_from_config(model_config, bn)(x, is_training)
       projection = MLP(model_config.projector_hidden_size, model_config.projection_size,
@@ -255,13 +263,31 @@ def make_byol_network(model_config: ml_collections.ConfigDict,
   return hk.without_apply_rng(hk.transform_with_state(forward))
 
 
+def init_network(network: hk.TransformedWithState, key: jax.Array, image_size: int,
+                 axis_name: str = 'i') -> tuple[hk.Params, hk.State]:
+  """Params and *empty* BN state (counters 0) of a network built with a sync axis.
+
+  Training mode is what creates every BN state; a size-1 vmap binds the BN sync axis so
+  this runs outside pmap. The state of that dummy forward is discarded.
+  """
+  @jax.jit
+  def init(key):
+    dummy = jnp.zeros((1, 2, image_size, image_size, 3), jnp.uint8)
+    params, state = jax.vmap(lambda x: network.init(key, x, is_training=True),
+                             axis_name=axis_name)(dummy)
+    params, state = jax.tree.map(lambda x: x[0], (params, state))
+    return params, jax.tree.map(jnp.zeros_like, state)
+
+  return init(key)
+
+
 def make_encoder_network(model_config: ml_collections.ConfigDict) -> hk.TransformedWithState:
   """The encoder alone, inference or training mode; consumes the same param tree."""
   dtype = _compute_dtype(model_config.precision)
   bn = BNConfig(decay_rate=model_config.bn_decay, eps=model_config.bn_eps)
 
   def forward(images: jax.Array, is_training: bool = False) -> jax.Array:
-    with hk.custom_getter(_cast_params_getter(dtype)):
+    with hk.custom_creator(_float32_creator), hk.custom_getter(_cast_params_getter(dtype)):
       x = normalize_images(images).astype(dtype)
       return encoder_from_config(model_config, bn)(x, is_training).astype(jnp.float32)
 

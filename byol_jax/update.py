@@ -71,14 +71,8 @@ def init_state(config: ml_collections.ConfigDict, network: hk.TransformedWithSta
   key = jax.random.PRNGKey(config.seed)
   init_key, aug_key = jax.random.split(key)
   online_key, target_key = jax.random.split(init_key)
-  dummy = jnp.zeros((1, 2, image_size, image_size, 3), jnp.uint8)
-
   def init(key):
-    # Training mode creates every BN state; a size-1 vmap binds the BN sync axis.
-    params, state = jax.vmap(lambda x: network.init(key, x, is_training=True),
-                             axis_name=axis_name)(dummy)
-    params, state = jax.tree.map(lambda x: x[0], (params, state))
-    return params, jax.tree.map(jnp.zeros_like, state)
+    return networks.init_network(network, key, image_size, axis_name)
 
   online_params, online_state = init(online_key)
   target_init = config.model.target_init
@@ -214,16 +208,21 @@ def pmap_update(update_fn, axis_name: str = AXIS_NAME):
   return jax.pmap(update_fn, axis_name=axis_name, donate_argnums=(0,))
 
 
-def local_sharding() -> jax.sharding.NamedSharding:
-  """Leading axis split over this process's devices: the layout pmap takes and returns."""
-  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS_NAME,))
+def device_sharding(devices=None) -> jax.sharding.NamedSharding:
+  """Leading axis split over `devices` (default: this process's): pmap's own layout.
+
+  Placing inputs with exactly the sharding pmap returns keeps the step from compiling
+  a second time when its outputs are fed back in.
+  """
+  devices = list(devices or jax.local_devices())
+  mesh = jax.sharding.Mesh(np.array(devices), (AXIS_NAME,))
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS_NAME))
 
 
-def replicate(tree: Any) -> Any:
-  """Copies a host pytree onto every local device (leading device axis)."""
-  n = jax.local_device_count()
-  sharding = local_sharding()
+def replicate(tree: Any, devices=None) -> Any:
+  """Copies a host pytree onto every device (leading device axis)."""
+  sharding = device_sharding(devices)
+  n = sharding.mesh.size
   return jax.tree.map(
       lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding),
       tree)
