@@ -26,6 +26,7 @@ setuptools.setup(
         'tqdm>=4.66',
         'safetensors>=0.4',
         'pillow>=10.0',
+        'importlib_resources>=5.0',  # imported by TFDS's dataset writer
     ],
     extras_require={
         'test': ['pytest>=8.0'],
