@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
       eval_crop_fraction=0.875,
       shuffle_buffer=10_000,
       skip_corrupt=False,
+      prepare_from='',              # folder/.tar(.gz) to prepare as `dataset` on first use
   ))
 
   config.model = networks.model_config()
@@ -70,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_every=1000,
       keep_checkpoints=3,
       eval_every=5000,       # 0 disables periodic evaluation (the final one still runs)
+      max_steps_per_run=0,   # >0: checkpoint and stop after this many steps (job limits)
   ))
 
   config.evaluation = ml_collections.ConfigDict(dict(
@@ -77,8 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
       knn_k=200,
       knn_temperature=0.1,
       knn_train_split='',    # '' -> data.train_split
-      online_classifier=True,
       knn=True,
+      at_start=False,        # also evaluate the initial encoder (a baseline for the run)
   ))
   return config
 
@@ -93,6 +95,34 @@ def apply_imagenet_preset(config: ml_collections.ConfigDict, epochs: int) -> Non
   config.optimizer.base_lr = preset['base_lr']
   config.optimizer.weight_decay = preset['weight_decay']
   config.training.base_target_ema = preset['base_target_ema']
+
+
+def small_images_config(dataset: str) -> ml_collections.ConfigDict:
+  """ResNet-18 with the CIFAR stem at 32 px, batch 512, 1000 epochs (solo-learn's recipe).
+
+  Validation is the last 5,000 training images (the paper's CIFAR-10 split, Table 10),
+  `test` the dataset's test split.
+  """
+  config = base_config()
+  config.data.dataset = dataset
+  config.data.train_split = 'train[:-5000]'
+  config.data.eval_split = 'train[-5000:]'
+  config.data.test_split = 'test'
+  config.data.image_size = 32
+  config.data.shuffle_buffer = 50_000
+
+  config.model.encoder = 'resnet18'
+  config.model.stem = 'cifar'
+
+  config.optimizer.base_lr = 1.0          # peak 2.0 at batch 512, as solo-learn's LARS
+  config.optimizer.weight_decay = 1e-5
+  config.training.batch_size = 512
+  config.training.epochs = 1000
+  config.training.base_target_ema = 0.99
+  config.training.log_every = 50
+  config.training.eval_every = 10_000
+  config.evaluation.at_start = True
+  return config
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int,

@@ -264,21 +264,28 @@ def make_byol_network(model_config: ml_collections.ConfigDict,
 
 
 def init_network(network: hk.TransformedWithState, key: jax.Array, image_size: int,
-                 axis_name: str = 'i') -> tuple[hk.Params, hk.State]:
-  """Params and *empty* BN state (counters 0) of a network built with a sync axis.
+                 axis_name: str = 'i', images=None) -> tuple[hk.Params, hk.State]:
+  """Params and BN state of a network built with a sync axis.
 
-  Training mode is what creates every BN state; a size-1 vmap binds the BN sync axis so
-  this runs outside pmap. The state of that dummy forward is discarded.
+  With `images` (uint8 [B, S, S, 3], e.g. centre crops of the first training batch, as
+  the official code initialises from its first batch) the BN moving averages start
+  from their statistics, so inference-mode evaluation of the initial network is
+  meaningful. Without, the BN state is empty (counters 0). Training mode is what
+  creates every BN state; a size-1 vmap binds the BN sync axis so this runs outside
+  pmap.
   """
-  @jax.jit
-  def init(key):
-    dummy = jnp.zeros((1, 2, image_size, image_size, 3), jnp.uint8)
-    params, state = jax.vmap(lambda x: network.init(key, x, is_training=True),
-                             axis_name=axis_name)(dummy)
-    params, state = jax.tree.map(lambda x: x[0], (params, state))
-    return params, jax.tree.map(jnp.zeros_like, state)
+  keep_state = images is not None
+  if images is None:
+    images = jnp.zeros((2, image_size, image_size, 3), jnp.uint8)
 
-  return init(key)
+  @jax.jit
+  def init(key, images):
+    params, state = jax.vmap(lambda x: network.init(key, x, is_training=True),
+                             axis_name=axis_name)(images[None])
+    params, state = jax.tree.map(lambda x: x[0], (params, state))
+    return params, state if keep_state else jax.tree.map(jnp.zeros_like, state)
+
+  return init(key, jnp.asarray(images))
 
 
 def make_encoder_network(model_config: ml_collections.ConfigDict) -> hk.TransformedWithState:

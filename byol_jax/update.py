@@ -61,18 +61,18 @@ class StepSettings(NamedTuple):
 
 def init_state(config: ml_collections.ConfigDict, network: hk.TransformedWithState,
                optimizer: optax.GradientTransformation, image_size: int,
-               axis_name: str = AXIS_NAME) -> TrainState:
-  """Initial state, identical on every device and host for the same seed.
+               axis_name: str = AXIS_NAME, images=None) -> TrainState:
+  """Initial state, identical on every device and host for the same seed and images.
 
-  BN moving statistics start empty (counter 0). The official code initialises from a
-  training-mode forward of the first batch, whose statistics then enter the averages;
-  they only matter for inference-mode evaluation.
+  `images` (uint8 [B, S, S, 3], optional) seed the BN moving statistics, as the
+  official code's initialisation from its first batch does; without them the BN state
+  starts empty. Only inference-mode evaluation reads those statistics.
   """
   key = jax.random.PRNGKey(config.seed)
   init_key, aug_key = jax.random.split(key)
   online_key, target_key = jax.random.split(init_key)
   def init(key):
-    return networks.init_network(network, key, image_size, axis_name)
+    return networks.init_network(network, key, image_size, axis_name, images)
 
   online_params, online_state = init(online_key)
   target_init = config.model.target_init

@@ -52,3 +52,5 @@ def test_softmax_cross_entropy_and_topk():
                              rtol=1e-6)
   np.testing.assert_array_equal(losses.topk_correct(logits, labels, 1), [1., 0., 1.])
   np.testing.assert_array_equal(losses.topk_correct(logits, labels, 2), [1., 1., 1.])
+  nan_logits = logits.at[0].set(jnp.nan)
+  np.testing.assert_array_equal(losses.topk_correct(nan_logits, labels, 3), [0., 1., 1.])
