@@ -103,6 +103,11 @@ class DatasetNotFoundError(FileNotFoundError):
   """The dataset (or its data_dir) is not there; the message says how to fix."""
 
 
+# tf.data would try (and, for closures and lambdas, fail noisily) to convert these
+# plain TF functions with AutoGraph; they need no conversion.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+
 def _get(cfg: ml_collections.ConfigDict, name: str) -> Any:
   return cfg.get(name, _DEFAULTS.get(name))
 
@@ -314,8 +319,8 @@ def _tfds_source(name: str, data_dir: str | None, download: bool) -> _Source:
       if file_seed is not None:
         order = tf.random.experimental.stateless_shuffle(order, file_seed)
       ds = tf.data.Dataset.from_tensor_slices(order).interleave(
-          lambda j: tf.data.TFRecordDataset(
-              names[j], buffer_size=8 << 20).skip(skips[j]).take(takes[j]),
+          _no_autograph(lambda j: tf.data.TFRecordDataset(
+              names[j], buffer_size=8 << 20).skip(skips[j]).take(takes[j])),
           cycle_length=min(16, len(files)), block_length=16,
           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
@@ -365,9 +370,9 @@ def _demo_source(cfg: ml_collections.ConfigDict) -> _Source:
       order = tf.range(tf.shape(labels, out_type=tf.int64)[0])
       if file_seed is not None:
         order = tf.random.experimental.stateless_shuffle(order, file_seed)
-      return tf.data.Dataset.from_tensor_slices(order).map(
+      return tf.data.Dataset.from_tensor_slices(order).map(_no_autograph(
           lambda i: {'image': tf.gather(images, i),
-                     'label': tf.gather(labels, i)})
+                     'label': tf.gather(labels, i)}))
 
     return read
 
@@ -622,7 +627,7 @@ def _train_batches(cfg: ml_collections.ConfigDict, *, mode: str, split: str,
     ds = ds.shuffle(buffer_size, seed=_epoch_key(buffer_key, e))
     ds = ds.take(steps_per_epoch * per_host).enumerate()
     key = _epoch_key(example_key, e)
-    return ds.map(lambda i, ex: (tf.stack([key, i]), ex))
+    return ds.map(_no_autograph(lambda i, ex: (tf.stack([key, i]), ex)))
 
   ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
   ds = ds.skip(skip_batches * per_host)  # records, not yet decoded
@@ -698,6 +703,7 @@ def eval_batches(data_config: ml_collections.ConfigDict, *, split: str,
   preprocess = _preprocess_fn('eval', data_config, source.image_format)
   size = data_config.image_size
 
+  @_no_autograph
   def with_mask(example):
     out = preprocess(tf.zeros([2], tf.int64), example)
     out['mask'] = tf.constant(True)

@@ -40,9 +40,9 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   """1.0 where the label is among the k highest logits, else 0.0 (per example).
 
-  Ties go to the label (strictly-greater ranking); a non-finite label logit is never
-  correct, so a diverged classifier cannot score.
+  Ties count against the label (a constant classifier scores 0, not 1) and a
+  non-finite label logit is never correct, so a diverged classifier cannot score.
   """
   label_logit = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)
-  rank = jnp.sum(logits > label_logit, axis=-1)
+  rank = jnp.sum(logits >= label_logit, axis=-1) - 1
   return ((rank < k) & jnp.isfinite(label_logit[:, 0])).astype(jnp.float32)

@@ -244,6 +244,8 @@ def _initialize_distributed() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO chatter hides the progress lines
   _initialize_distributed()
   config = _CONFIG.value
   if config is None:

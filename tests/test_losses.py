@@ -50,7 +50,9 @@ def test_softmax_cross_entropy_and_topk():
   expected = -np.mean([log_softmax[0, 0], log_softmax[1, 1], log_softmax[2, 2]])
   np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels), expected,
                              rtol=1e-6)
-  np.testing.assert_array_equal(losses.topk_correct(logits, labels, 1), [1., 0., 1.])
-  np.testing.assert_array_equal(losses.topk_correct(logits, labels, 2), [1., 1., 1.])
+  np.testing.assert_array_equal(losses.topk_correct(logits, labels, 1), [1., 0., 0.])
+  # Ties count against the label: [0, 0, 5] with label 1 ties class 0 -> rank 3.
+  np.testing.assert_array_equal(losses.topk_correct(logits, labels, 2), [1., 0., 0.])
+  np.testing.assert_array_equal(losses.topk_correct(logits, labels, 3), [1., 1., 1.])
   nan_logits = logits.at[0].set(jnp.nan)
   np.testing.assert_array_equal(losses.topk_correct(nan_logits, labels, 3), [0., 1., 1.])
