@@ -16,6 +16,7 @@ from byol_jax import config as config_lib
 from byol_jax import demo_config
 from byol_jax import train
 from conftest import REPO
+from conftest import tiny_config
 
 TOTAL_STEPS = 4
 
@@ -25,11 +26,7 @@ def small_demo_config():
   config.data.demo_train_examples = 64
   config.data.demo_test_examples = 32
   config.data.image_size = 16
-  config.model.encoder = 'tiny'
-  config.model.width_multiplier = 0.5
-  config.model.projector_hidden_size = 32
-  config.model.predictor_hidden_size = 32
-  config.model.projection_size = 16
+  config.model = tiny_config(16).model
   config.training.batch_size = 16
   config.training.total_steps = TOTAL_STEPS
   config.optimizer.warmup_steps = 1
