@@ -36,6 +36,8 @@ setuptools.setup(
         'console_scripts': [
             'byol-jax-train=byol_jax.train:run',
             'byol-jax-linear-eval=byol_jax.linear_eval:run',
+            'byol-jax-finetune=byol_jax.finetune:run',
+            'byol-jax-knn-eval=byol_jax.knn_eval:run',
             'byol-jax-export=byol_jax.export:run',
             'byol-jax-prepare-folder=byol_jax.prepare_folder:run',
         ],
