@@ -122,12 +122,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointer = checkpointing.Checkpointer(workdir, keep=training.keep_checkpoints)
   # BN statistics start from centre crops of the first training images (the official
   # code initialises from its first batch), so the step-0 evaluation is meaningful.
+  # Every process reads the same images, so the initial state is identical everywhere.
   first = next(input_pipeline.eval_batches(
       config.data, split=config.data.train_split,
-      global_batch_size=min(settings.batch_size, num_train) // jax.device_count()
-      * jax.device_count()))
+      global_batch_size=min(settings.batch_size, num_train), process_index=0,
+      process_count=1, local_device_count=1))
   state = update.init_state(config, network, optimizer, config.data.image_size,
-                            images=first['images'].reshape((-1,) + first['images'].shape[2:]))
+                            images=first['images'][0][first['mask'][0]])
   restored = checkpointer.restore_latest(template=state)
   start_step = 0
   if restored is not None:

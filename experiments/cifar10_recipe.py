@@ -12,4 +12,4 @@ if __name__ == '__main__':
   run('CIFAR-10 ResNet-18', 'configs/cifar10.py',
       paper='no paper number (solo-learn: ~92-93% linear top-1)',
       hardware='1 GPU, batch 512, 87,890 steps',
-      extra_linear=['--config.data.dataset=cifar10', '--config.data.image_size=32'])
+      linear_eval_config='configs/linear_eval.py:cifar10')
