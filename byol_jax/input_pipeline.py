@@ -183,6 +183,10 @@ def _num(ranges: Sequence[_Range]) -> int:
 
 # --------------------------------------------------------------- sources ---
 
+# More ranges than this are read in one filtered sequential pass (see
+# _tfds_source's _sparse_reader).
+_MAX_READ_RANGES = 64
+
 # reader(file_seed) -> tf.data.Dataset of {'image': encoded bytes (tf.string)
 # or uint8 [H, W, C], 'label': int32}. file_seed: int64 [2] tensor (files, or
 # examples when in memory, in a seeded order) or None (stored order). Callable
@@ -204,8 +208,12 @@ class _Source:
   def resolve(self, split: str) -> list[_Range]:
     """TFDS split syntax (slices, '+', percentages) -> absolute ranges."""
     try:
-      instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(
-          self.split_infos)
+      # One part at a time: TFDS parses 'a+b+...' recursively, which overflows
+      # the stack for the thousands of slices of a label subset.
+      instructions = [
+          ins for part in split.split('+')
+          for ins in tfds.core.ReadInstruction.from_spec(part).to_absolute(
+              self.split_infos)]
     except (ValueError, NotImplementedError, KeyError, AttributeError) as e:
       raise ValueError(
           f'Bad split {split!r} for dataset {self.name!r}: {e} Splits: '
@@ -308,6 +316,8 @@ def _tfds_source(name: str, data_dir: str | None, download: bool) -> _Source:
     return {'image': ex[image_key], 'label': tf.cast(ex[label_key], tf.int32)}
 
   def reader(ranges: Sequence[_Range]) -> Reader:
+    if len(ranges) > _MAX_READ_RANGES:
+      return _sparse_reader(ranges)
     files = [f for r in ranges for f in
              info.splits[f'{r.split}[{r.start}:{r.stop}]'].file_instructions]
     names = tf.constant([f.filename for f in files])
@@ -324,6 +334,38 @@ def _tfds_source(name: str, data_dir: str | None, download: bool) -> _Source:
           cycle_length=min(16, len(files)), block_length=16,
           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return read
+
+  def _sparse_reader(ranges: Sequence[_Range]) -> Reader:
+    """Many scattered ranges (a label subset): one sequential pass over the
+    records that cover them, keeping the chosen positions. Skipping to each
+    range separately would re-read the files once per range. The records come
+    in stored order whatever the seed; the shuffle buffer (the whole subset
+    when it fits) does the mixing."""
+    parts = []
+    for name in dict.fromkeys(r.split for r in ranges):
+      mine = [r for r in ranges if r.split == name]
+      lo, hi = min(r.start for r in mine), max(r.stop for r in mine)
+      keep = np.zeros(hi - lo, bool)
+      for r in mine:
+        keep[r.start - lo:r.stop - lo] = True
+      files = info.splits[f'{name}[{lo}:{hi}]'].file_instructions
+      parts.append(([f.filename for f in files], [f.skip for f in files],
+                    [f.take for f in files], tf.constant(keep)))
+
+    def read(file_seed):
+      del file_seed
+      out = None
+      for names, skips, takes, keep in parts:
+        ds = tf.data.Dataset.from_tensor_slices(
+            (names, tf.constant(skips, tf.int64), tf.constant(takes, tf.int64)))
+        ds = ds.flat_map(_no_autograph(lambda n, s, t: tf.data.TFRecordDataset(
+            n, buffer_size=8 << 20).skip(s).take(t))).enumerate()
+        ds = ds.filter(_no_autograph(lambda i, _, k=keep: tf.gather(k, i)))
+        ds = ds.map(_no_autograph(lambda _, record: record))
+        out = ds if out is None else out.concatenate(ds)
+      return out.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
     return read
 

@@ -62,6 +62,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                         top5_accuracy=metrics['knn_top5_accuracy'],
                         num_examples=int(queries.labels.shape[0]), split=split)
     logging.info('kNN %s (%s): %s', key, split, results[key])
+  results['status'] = 'done'
   linear_eval.write_results(workdir, results)
   return results
 

@@ -1,6 +1,6 @@
 """A CPU-sized CIFAR-10 run on the JPEG archive `train/<class>/<n>.jpg` (no test split).
 
-ResNet-18 at width 0.25 (CIFAR stem), batch 256, 3 epochs (525 steps, about 20
+ResNet-18 at width 0.25 (CIFAR stem), batch 256, 3 epochs (527 steps, about 20
 minutes at ~100 images/s on 2 CPU cores); validation =
 the last 5,000 training images. Prepares the archive on first use:
     python -m byol_jax.train --config=configs/cifar10_cpu.py --workdir=/tmp/cifar_cpu \

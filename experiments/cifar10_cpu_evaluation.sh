@@ -16,15 +16,18 @@ data_dir=${2:?tfds data_dir holding cifar10_shared}
 out=${3:?output directory}
 data=(--config.data.dataset=cifar10_shared "--config.data.data_dir=${data_dir}")
 
+# Runs whose results.json says "done" are kept (re-running the script resumes).
+done_already() { grep -qs '"status": "done"' "$1/results.json"; }
+
 for source in pretrained init; do
   init=(--config.random_init=False)
   [[ ${source} == init ]] && init=(--config.random_init=True)
-  python -m byol_jax.knn_eval --config=configs/knn_eval.py:folder \
+  done_already "${out}/knn_${source}" || python -m byol_jax.knn_eval --config=configs/knn_eval.py:folder \
       --workdir="${out}/knn_${source}" --config.pretrained="${pretrained}" "${data[@]}" "${init[@]}"
-  python -m byol_jax.linear_eval --config=configs/linear_eval.py:folder \
+  done_already "${out}/linear_${source}" || python -m byol_jax.linear_eval --config=configs/linear_eval.py:folder \
       --workdir="${out}/linear_${source}" --config.pretrained="${pretrained}" "${data[@]}" \
       "${init[@]}" --config.feature_epochs=2
-  python -m byol_jax.finetune --config=configs/finetune.py:folder \
+  done_already "${out}/finetune10_${source}" || python -m byol_jax.finetune --config=configs/finetune.py:folder \
       --workdir="${out}/finetune10_${source}" --config.pretrained="${pretrained}" "${data[@]}" \
       "${init[@]}" --config.label_fraction=0.1 --config.optimizer.base_lrs="(0.1,0.02)" \
       --config.training.epochs_grid="(8.0,)"

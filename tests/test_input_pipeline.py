@@ -119,6 +119,27 @@ def _hosts(local=1):
   return dict(process_index=0, process_count=1, local_device_count=local)
 
 
+def test_scattered_subset_reads_exactly_its_examples(ids_dir, monkeypatch):
+  """A label subset is thousands of one-example slices: no recursion limit, and
+  the filtered single-pass reader yields exactly the chosen examples."""
+  cfg = _cfg(ids_dir)
+  assert ip.num_examples(cfg, '+'.join(['train[3:4]'] * 3000)) == 3000
+  everything = np.concatenate([
+      _ids(b['images'], b['mask'])
+      for b in ip.eval_batches(cfg, split='train', global_batch_size=8)])
+  positions = [0, 2, 3, 7, 20, 21, 36]
+  split = '+'.join(f'train[{p}:{p + 1}]' for p in positions)
+  monkeypatch.setattr(ip, '_MAX_READ_RANGES', 2)  # take the sparse path
+  subset = np.concatenate([
+      _ids(b['images'], b['mask'])
+      for b in ip.eval_batches(cfg, split=split, global_batch_size=4, **_hosts(2))])
+  np.testing.assert_array_equal(subset, everything[positions])
+  batches = ip.linear_train_batches(cfg, split=split, global_batch_size=7, seed=0,
+                                    **_hosts(1))
+  for _ in range(2):  # every epoch is the subset, once each
+    assert sorted(_ids(next(batches)['images'])) == sorted(everything[positions])
+
+
 def _assert_same(batches_a, batches_b):
   assert len(batches_a) == len(batches_b)
   for x, y in zip(batches_a, batches_b):
