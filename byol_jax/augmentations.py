@@ -113,7 +113,7 @@ def rgb_to_hsv(x: jax.Array) -> jax.Array:
   chroma = value - jnp.minimum(jnp.minimum(r, g), b)
   # The where-guards only keep 0/0 out of the discarded branches.
   saturation = jnp.where(value > 0., chroma / jnp.where(value > 0., value, 1.), 0.)
-  norm = (1. / jnp.where(chroma > 0., chroma, 1.)) * (1. / 6.)
+  norm = 1. / (6. * jnp.where(chroma > 0., chroma, 1.))  # TF's kernel: 1 / (6 range)
   hue = jnp.where(r == value, norm * (g - b),
                   jnp.where(g == value, norm * (b - r) + 2. / 6., norm * (r - g) + 4. / 6.))
   hue = jnp.where(chroma > 0., hue, 0.)
@@ -265,16 +265,20 @@ def random_flip(key: jax.Array, x: jax.Array, prob: float = 0.5) -> jax.Array:
   return _maybe(_bernoulli(u, prob), _flip_left_right, x)
 
 
-def _draws(key: jax.Array, cfg) -> tuple[dict[str, jax.Array], jax.Array]:
+def _draws(op_keys: jax.Array, cfg) -> tuple[dict[str, jax.Array], jax.Array]:
   """Every random number of one image, from the key tree of spec 6.3.
 
-  Returns the scalar draws by name and the jitter order. Sibling keys go through one
-  vmapped split/uniform each: the same bits as separate calls, but ~5 threefry
-  computations to compile instead of ~18.
+  op_keys: the image's (flip, colour, blur, solarise) keys, shape [4]. Returns the
+  scalar draws by name and the jitter order. Sibling keys go through one vmapped
+  split/uniform each: the same bits as separate calls, but ~5 threefry computations to
+  compile instead of ~18.
   """
-  flip_key, color_key, blur_key, solarize_key = jax.random.split(key, 4)
-  (color_apply_key, color_transform_key), (blur_apply_key, blur_transform_key) = (
-      jax.vmap(jax.random.split)(jnp.stack([color_key, blur_key])))
+  flip_key, color_key, blur_key, solarize_key = op_keys
+  # The official per-image key tree: flip draws from the second half of split(flip);
+  # colour and blur split into (apply, transform); sigma comes from split(transform, 1).
+  (_, flip_key), (color_apply_key, color_transform_key), (blur_apply_key, blur_transform_key) = (
+      jax.vmap(jax.random.split)(jnp.stack([flip_key, color_key, blur_key])))
+  sigma_key = jax.random.split(blur_transform_key, 1)[0]
   (perm_key, brightness_key, contrast_key, saturation_key, hue_key, jitter_key,
    gray_key) = jax.random.split(color_transform_key, 7)
   ranges = {  # name: (key, low, high) of a uniform draw
@@ -287,7 +291,7 @@ def _draws(key: jax.Array, cfg) -> tuple[dict[str, jax.Array], jax.Array]:
       'jitter': (jitter_key, 0., 1.),
       'grayscale': (gray_key, 0., 1.),
       'blur_apply': (blur_apply_key, 0., 1.),
-      'sigma': (blur_transform_key, cfg.blur_sigma_min, cfg.blur_sigma_max),
+      'sigma': (sigma_key, cfg.blur_sigma_min, cfg.blur_sigma_max),
       'solarize': (solarize_key, 0., 1.),
   }
   keys, lows, highs = zip(*ranges.values())
@@ -335,9 +339,9 @@ def _color_transform(x: jax.Array, draws: dict[str, jax.Array], order: jax.Array
   return jnp.clip(x, 0., 1.)
 
 
-def _augment_image(key: jax.Array, x: jax.Array, cfg) -> jax.Array:
+def _augment_image(op_keys: jax.Array, x: jax.Array, cfg) -> jax.Array:
   """One image [H, W, 3] float in [0, 1]: flip -> colour -> blur -> solarise -> clip."""
-  draws, order = _draws(key, cfg)
+  draws, order = _draws(op_keys, cfg)
   x = _maybe(_bernoulli(draws['flip'], cfg.flip_prob), _flip_left_right, x)
   x = _maybe(_bernoulli(draws['color_apply'], cfg.color_apply_prob),
              lambda y: _color_transform(y, draws, order, cfg), x)
@@ -362,25 +366,55 @@ def _as_typed_keys(keys: jax.Array, batch: int) -> jax.Array:
   return jax.random.wrap_key_data(keys)
 
 
-def augment_view(keys: jax.Array, images: jax.Array, cfg) -> jax.Array:
-  """Augments a batch of crops [B, H, W, 3] (uint8, or float in [0, 1]) for one view.
-
-  keys: one PRNG key per image (raw uint32 [B, 2] or typed [B]); image i's output
-  depends only on keys[i], images[i] and cfg. Returns float32 [B, H, W, 3] in [0, 1]
-  with stop_gradient applied.
-  """
-  validate_config(cfg)
+def _as_float_images(images: jax.Array) -> jax.Array:
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'augment_view expects RGB images [B, H, W, 3], got shape '
                      f'{images.shape}.')
   if images.dtype == jnp.uint8:
-    x = images.astype(jnp.float32) / 255.
-  elif jnp.issubdtype(images.dtype, jnp.floating):
-    x = images.astype(jnp.float32)
-  else:
-    raise TypeError(f'augment_view expects uint8 or float images in [0, 1], got dtype '
-                    f'{images.dtype}.')
-  keys = _as_typed_keys(keys, images.shape[0])
-  out = jax.vmap(lambda k, y: _augment_image(k, y, cfg))(keys, x)
-  chex.assert_shape(out, images.shape)
+    return images.astype(jnp.float32) / 255.
+  if jnp.issubdtype(images.dtype, jnp.floating):
+    return images.astype(jnp.float32)
+  raise TypeError(f'augment_view expects uint8 or float images in [0, 1], got dtype '
+                  f'{images.dtype}.')
+
+
+def _augment_with_op_keys(op_keys: jax.Array, x: jax.Array, cfg) -> jax.Array:
+  """op_keys: typed keys [B, 4] (flip, colour, blur, solarise) of each image."""
+  out = jax.vmap(lambda k, y: _augment_image(k, y, cfg))(op_keys, x)
+  chex.assert_shape(out, x.shape)
   return jax.lax.stop_gradient(out)
+
+
+def augment_view(keys: jax.Array, images: jax.Array, cfg) -> jax.Array:
+  """Augments a batch of crops [B, H, W, 3] (uint8, or float in [0, 1]) for one view.
+
+  keys: one PRNG key per image (raw uint32 [B, 2] or typed [B]); image i's output
+  depends only on keys[i], images[i] and cfg (its op keys are split(keys[i], 4)).
+  Returns float32 [B, H, W, 3] in [0, 1] with stop_gradient applied.
+  """
+  validate_config(cfg)
+  x = _as_float_images(images)
+  keys = _as_typed_keys(keys, images.shape[0])
+  return _augment_with_op_keys(jax.vmap(lambda k: jax.random.split(k, 4))(keys), x, cfg)
+
+
+def augment_view_official(view_key: jax.Array, images: jax.Array, cfg) -> jax.Array:
+  """The official code's key derivation for one view of one device's batch.
+
+  view_key (raw uint32 [2] or typed) is split into (flip, colour, blur, solarise), and
+  each of those into one key per image of the batch, as the official `postprocess`
+  does; the per-image tree below that is shared with `augment_view`. Image i's
+  augmentation therefore depends on the batch size and its position in the batch.
+  """
+  validate_config(cfg)
+  x = _as_float_images(images)
+  if not jax.dtypes.issubdtype(view_key.dtype, jax.dtypes.prng_key):
+    view_key = jax.random.wrap_key_data(view_key)
+  batch = images.shape[0]
+  per_op = jax.vmap(lambda k: jax.random.split(k, batch))(jax.random.split(view_key, 4))
+  return _augment_with_op_keys(jnp.swapaxes(per_op, 0, 1), x, cfg)
+
+
+def official_view_keys(device_key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(view1, view2) keys from one device's step key, as the official `postprocess`."""
+  return tuple(jax.random.split(device_key, 2))

@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.augmentation = ml_collections.ConfigDict(dict(
       enabled=True,
+      rng='per_image',       # 'official': the official per-device key chain (spec 6.3, 7.4)
       view1=augmentations.view_config(1),
       view2=augmentations.view_config(2),
   ))
@@ -95,6 +96,21 @@ def apply_imagenet_preset(config: ml_collections.ConfigDict, epochs: int) -> Non
   config.optimizer.base_lr = preset['base_lr']
   config.optimizer.weight_decay = preset['weight_decay']
   config.training.base_target_ema = preset['base_target_ema']
+
+
+def use_official_behaviour(config: ml_collections.ConfigDict) -> None:
+  """Switches every flagged deviation of the README to the official code's behaviour.
+
+  Call it after choosing the encoder. Zero-init of the last bottleneck BN scale, independent target init, the official
+  BN initialisation from the first batch (consumed, not trained on) and the official
+  augmentation key chain. What has no flag (uint8 host crops, the data order, the
+  target skipping its unused heads) stays as documented.
+  """
+  # Haiku's BlockV1 zero-inits the last BN scale of bottleneck blocks only.
+  config.model.zero_init_last_bn = networks.ENCODERS[config.model.encoder].bottleneck
+  config.model.target_init = 'independent'
+  config.model.bn_init = 'first_batch'
+  config.augmentation.rng = 'official'
 
 
 def small_images_config(dataset: str) -> ml_collections.ConfigDict:
@@ -162,6 +178,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int,
   check(opt.name == 'lars', f"optimizer.name={opt.name!r}: only 'lars' is implemented.")
   check(config.model.target_init in ('copy', 'independent'),
         f"model.target_init={config.model.target_init!r} must be 'copy' or 'independent'.")
+  check(config.augmentation.get('rng', 'per_image') in update.AUGMENTATION_RNG_MODES,
+        f'augmentation.rng={config.augmentation.get("rng")!r} must be one of '
+        f'{update.AUGMENTATION_RNG_MODES}.')
   check(config.data.crop_sampler in ('official', 'inception'),
         f"data.crop_sampler={config.data.crop_sampler!r} must be 'official' or 'inception'.")
   check(config.data.image_size >= 8,

@@ -21,6 +21,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 # ImageNet statistics, applied inside the forward pass to [0, 1] RGB images (spec 5.5).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,6 +46,10 @@ ENCODERS: Mapping[str, EncoderSpec] = {
     'resnet200': EncoderSpec('res_net200', (3, 24, 36, 3), True, (256, 512, 1024, 2048)),
 }
 STEMS = ('imagenet', 'cifar')
+# Initial BN `average`s (only a step-0 evaluation reads them; training overwrites them
+# at the first step): 'centre_crops' of the first training images, or 'first_batch',
+# the official init on the first pretraining batch, which is then not trained on.
+BN_INITS = ('centre_crops', 'first_batch')
 
 
 def scaled(channels: int, width: float) -> int:
@@ -288,6 +293,22 @@ def init_network(network: hk.TransformedWithState, key: jax.Array, image_size: i
   return init(key, jnp.asarray(images))
 
 
+def init_network_from_batch(network: hk.TransformedWithState, key: jax.Array,
+                            view1: jax.Array,
+                            axis_name: str = 'i') -> tuple[hk.Params, hk.State]:
+  """The official initialisation: a pmapped training-mode init on the first batch.
+
+  view1: uint8 [local_devices, b, S, S, 3], view 1 of the first pretraining batch as
+  the input pipeline delivers it. Haiku's init returns each EMA as created by its first
+  call: counter and hidden 0, `average` the batch statistics, here synced over every
+  device of every host as in the official pmapped init (the official init also runs
+  view 2, whose EMA updates init discards). Params depend on the key alone.
+  """
+  init = lambda key, view: network.init(key, view, is_training=True)
+  out = jax.pmap(init, axis_name, in_axes=(None, 0))(key, view1)
+  return jax.tree.map(lambda x: np.asarray(x[0]), out)  # the same on every device
+
+
 def make_encoder_network(model_config: ml_collections.ConfigDict) -> hk.TransformedWithState:
   """The encoder alone, inference or training mode; consumes the same param tree."""
   dtype = _compute_dtype(model_config.precision)
@@ -316,6 +337,9 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'model.{key}={model_config[key]!r} must be a positive integer.')
   if not 0. <= model_config.bn_decay < 1.:
     raise ValueError(f'model.bn_decay={model_config.bn_decay!r} must be in [0, 1).')
+  if model_config.get('bn_init', 'centre_crops') not in BN_INITS:
+    raise ValueError(f'model.bn_init={model_config.bn_init!r} is unknown; choose one of '
+                     f'{BN_INITS}.')
   _compute_dtype(model_config.precision)
 
 
@@ -333,6 +357,7 @@ def model_config(**overrides: Any) -> ml_collections.ConfigDict:
       bn_decay=0.9,
       bn_eps=1e-5,
       target_init='copy',           # paper: target starts as a copy; official: 'independent'.
+      bn_init='centre_crops',       # BN statistics at init; 'first_batch' = official (spec 7.3).
       precision='float32',
   ))
   config.update(overrides)

@@ -120,15 +120,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   features_fn = evaluation.make_features_fn(network)
 
   checkpointer = checkpointing.Checkpointer(workdir, keep=training.keep_checkpoints)
-  # BN statistics start from centre crops of the first training images (the official
-  # code initialises from its first batch), so the step-0 evaluation is meaningful.
-  # Every process reads the same images, so the initial state is identical everywhere.
-  first = next(input_pipeline.eval_batches(
-      config.data, split=config.data.train_split,
-      global_batch_size=min(settings.batch_size, num_train), process_index=0,
-      process_count=1, local_device_count=1))
-  state = update.init_state(config, network, optimizer, config.data.image_size,
-                            images=first['images'][0][first['mask'][0]])
+
+  def pretrain_batches(first_batch: int):
+    return input_pipeline.pretrain_batches(
+        config.data, global_batch_size=settings.batch_size, seed=config.seed,
+        start_step=first_batch)
+
+  # The initial BN `average`s, read only by a step-0 evaluation: model.bn_init=
+  # 'first_batch' is the official pmapped init on the first pretraining batch, which is
+  # then consumed (batch k + 1 feeds step k), never trained on; 'centre_crops' uses
+  # centre crops of the first training images, which every process reads alike, and
+  # every batch is trained on.
+  batch_offset = 1 if config.model.get('bn_init', 'centre_crops') == 'first_batch' else 0
+  init_batches = None
+  if batch_offset:
+    init_batches = pretrain_batches(0)
+    state = update.init_state(config, network, optimizer, config.data.image_size,
+                              first_batch=next(init_batches))
+  else:
+    first = next(input_pipeline.eval_batches(
+        config.data, split=config.data.train_split,
+        global_batch_size=min(settings.batch_size, num_train), process_index=0,
+        process_count=1, local_device_count=1))
+    state = update.init_state(config, network, optimizer, config.data.image_size,
+                              images=first['images'][0][first['mask'][0]])
   restored = checkpointer.restore_latest(template=state)
   start_step = 0
   if restored is not None:
@@ -154,16 +169,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items() if k != 'num_examples'))
     return metrics
 
+  def position(step):
+    return input_position(step + batch_offset, settings.batch_size, num_train)
+
   def save(step, host_state):
-    checkpointer.save(step, host_state, input_position(step, settings.batch_size, num_train))
+    checkpointer.save(step, host_state, position(step))
 
   initial_metrics = None
   if start_step == 0 and config.evaluation.at_start:
     initial_metrics = evaluate_and_log(0, state)
 
-  batches = input_pipeline.prefetch_to_device(input_pipeline.pretrain_batches(
-      config.data, global_batch_size=settings.batch_size, seed=config.seed,
-      start_step=start_step))
+  if init_batches is None or start_step > 0:
+    init_batches = pretrain_batches(start_step + batch_offset)
+  batches = input_pipeline.prefetch_to_device(init_batches)
+  del init_batches
   pstate = update.replicate(state)
   del state
   max_this_run = training.get('max_steps_per_run', 0) or total
@@ -197,8 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         elapsed = time.time() - window_start
         rate = len(host) * settings.batch_size / elapsed
         scalars = dict(host[-1][1], images_per_sec=rate,
-                       data_wait_fraction=data_wait / elapsed, **input_position(
-                           step, settings.batch_size, num_train))
+                       data_wait_fraction=data_wait / elapsed, **position(step))
         writer.write(step, 'train', scalars)
         metric_writers.console(metric_writers.progress_line(
             step, total, scalars, rate, data_wait / elapsed,

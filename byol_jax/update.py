@@ -35,6 +35,11 @@ from byol_jax import optimizers
 from byol_jax import schedules
 
 AXIS_NAME = 'i'
+# fold_in constant that separates the augmentation key stream from the init keys.
+AUGMENTATION_STREAM = 0xA06
+# 'per_image': keys from (seed, step, view, global example index), device-count free.
+# 'official': the official main loop's chain of keys split over devices (spec 6.3, 7.4).
+AUGMENTATION_RNG_MODES = ('per_image', 'official')
 
 
 class TrainState(NamedTuple):
@@ -45,7 +50,8 @@ class TrainState(NamedTuple):
   target_state: hk.State
   opt_state: optax.OptState
   step: jax.Array   # int32 scalar: updates applied so far (k in the schedules).
-  rng: jax.Array    # uint32[2]: base key; step keys are fold_in(rng, step).
+  rng: jax.Array    # uint32[2]: augmentation key. augmentation.rng='per_image': fixed,
+                    # step keys are fold_in(rng, step); 'official': advanced every step.
 
 
 class StepSettings(NamedTuple):
@@ -61,17 +67,29 @@ class StepSettings(NamedTuple):
 
 def init_state(config: ml_collections.ConfigDict, network: hk.TransformedWithState,
                optimizer: optax.GradientTransformation, image_size: int,
-               axis_name: str = AXIS_NAME, images=None) -> TrainState:
+               axis_name: str = AXIS_NAME, images=None, first_batch=None) -> TrainState:
   """Initial state, identical on every device and host for the same seed and images.
 
-  `images` (uint8 [B, S, S, 3], optional) seed the BN moving statistics, as the
-  official code's initialisation from its first batch does; without them the BN state
-  starts empty. Only inference-mode evaluation reads those statistics.
+  BN EMAs start with counter and hidden 0 (as Haiku's init leaves them); their
+  `average`, which only an inference-mode evaluation before the first step reads, is
+  the batch statistics of `images` (uint8 [B, S, S, 3]) or, with `first_batch` (a
+  pretraining batch, view1 [local_devices, b, S, S, 3]), of the official pmapped init
+  on view 1 (call it on every process). Neither given: all zeros.
   """
   key = jax.random.PRNGKey(config.seed)
-  init_key, aug_key = jax.random.split(key)
-  online_key, target_key = jax.random.split(init_key)
+  # The official derivation: (online, target) = split(PRNGKey(seed)), so with
+  # target_init='independent' both networks start from the official code's keys.
+  online_key, target_key = jax.random.split(key)
+  # Augmentations get their own stream, apart from the init keys; the official code
+  # starts its loop key at PRNGKey(0) whatever the seed.
+  if config.augmentation.get('rng', 'per_image') == 'official':
+    aug_key = jax.random.PRNGKey(0)
+  else:
+    aug_key = jax.random.fold_in(key, AUGMENTATION_STREAM)
   def init(key):
+    if first_batch is not None:
+      return networks.init_network_from_batch(network, key, first_batch['view1'],
+                                              axis_name)
     return networks.init_network(network, key, image_size, axis_name, images)
 
   online_params, online_state = init(online_key)
@@ -107,13 +125,31 @@ def make_update_fn(config: ml_collections.ConfigDict, network: hk.TransformedWit
   micro-batches of b / A; the optimiser, the step and the EMA advance once per call.
   """
   aug_config = config.augmentation
+  rng_mode = aug_config.get('rng', 'per_image')
+  if rng_mode not in AUGMENTATION_RNG_MODES:
+    raise ValueError(f'augmentation.rng={rng_mode!r} is unknown; use one of '
+                     f'{AUGMENTATION_RNG_MODES}.')
   num_micro = settings.accumulation_steps
 
-  def augment(step_key, images, view):
+  def augment_views(rng, step, view1, view2):
+    """Both views augmented; returns them and the rng the next step starts from."""
     if not aug_config.enabled:
-      return images.astype(jnp.float32) / 255.
-    keys = per_image_keys(jax.random.fold_in(step_key, view), images.shape[0], axis_name)
-    return augmentations.augment_view(keys, images, aug_config[f'view{view}'])
+      return view1.astype(jnp.float32) / 255., view2.astype(jnp.float32) / 255., rng
+    if rng_mode == 'official':
+      # The official main loop: (step key, next) = split(rng); the step key is split
+      # over all devices of all hosts and each device augments its shard with its key.
+      step_rng, next_rng = jax.random.split(rng)
+      device_key = jax.random.split(step_rng, jax.lax.psum(1, axis_name))[
+          jax.lax.axis_index(axis_name)]
+      key1, key2 = augmentations.official_view_keys(device_key)
+      return (augmentations.augment_view_official(key1, view1, aug_config.view1),
+              augmentations.augment_view_official(key2, view2, aug_config.view2), next_rng)
+    step_key = jax.random.fold_in(rng, step)
+    out = []
+    for view, images in ((1, view1), (2, view2)):
+      keys = per_image_keys(jax.random.fold_in(step_key, view), images.shape[0], axis_name)
+      out.append(augmentations.augment_view(keys, images, aug_config[f'view{view}']))
+    return out[0], out[1], rng
 
   def loss_fn(online_params, online_state, target_params, target_state, view1, view2,
               labels):
@@ -146,9 +182,8 @@ def make_update_fn(config: ml_collections.ConfigDict, network: hk.TransformedWit
 
   def update(state: TrainState, batch: Mapping[str, jax.Array]):
     chex.assert_rank([batch['view1'], batch['view2']], 4)
-    step_key = jax.random.fold_in(state.rng, state.step)
-    view1 = augment(step_key, batch['view1'], 1)
-    view2 = augment(step_key, batch['view2'], 2)
+    view1, view2, next_rng = augment_views(state.rng, state.step, batch['view1'],
+                                           batch['view2'])
     labels = batch['labels']
 
     if num_micro == 1:
@@ -197,7 +232,7 @@ def make_update_fn(config: ml_collections.ConfigDict, network: hk.TransformedWit
     new_state = TrainState(
         online_params=online_params, online_state=aux['online_state'],
         target_params=target_params, target_state=aux['target_state'],
-        opt_state=opt_state, step=state.step + 1, rng=state.rng)
+        opt_state=opt_state, step=state.step + 1, rng=next_rng)
     return new_state, metrics
 
   return update

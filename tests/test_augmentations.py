@@ -223,8 +223,12 @@ _OPS = {name: jax.jit(getattr(aug, name)) for name in (
 _BLUR = jax.jit(aug.gaussian_blur, static_argnums=(2, 3))
 
 
-def _reference_augment(key, image: np.ndarray, cfg, fired: dict) -> np.ndarray:
-  """Spec 6.2/6.3 written out with Python branches on concrete draws, one image."""
+def _reference_augment(op_keys, image: np.ndarray, cfg, fired: dict) -> np.ndarray:
+  """Spec 6.2/6.3 written out with Python branches on concrete draws, one image.
+
+  op_keys: the image's (flip, colour, blur, solarise) keys, as the official
+  `postprocess` hands them to its per-op functions.
+  """
   def bern(name, k, p):
     hit = p > 0 and float(jax.random.uniform(k, (), jnp.float32)) <= p
     fired.setdefault(name, set()).add(hit)
@@ -234,8 +238,8 @@ def _reference_augment(key, image: np.ndarray, cfg, fired: dict) -> np.ndarray:
     return jax.random.uniform(k, (), jnp.float32, minval=lo, maxval=hi)
 
   x = jnp.asarray(image, jnp.float32) / 255.
-  flip_key, color_key, blur_key, solarize_key = jax.random.split(key, 4)
-  if bern('flip', flip_key, cfg.flip_prob):
+  flip_key, color_key, blur_key, solarize_key = op_keys
+  if bern('flip', jax.random.split(flip_key)[1], cfg.flip_prob):  # official: 2nd half
     x = x[:, ::-1]
   apply_key, transform_key = jax.random.split(color_key)
   if bern('color', apply_key, cfg.color_apply_prob):
@@ -259,7 +263,8 @@ def _reference_augment(key, image: np.ndarray, cfg, fired: dict) -> np.ndarray:
   apply_key, transform_key = jax.random.split(blur_key)
   if bern('blur', apply_key, cfg.blur_prob):
     size = aug.blur_kernel_size(x.shape[0], cfg.blur_kernel_fraction)
-    x = _BLUR(x, unif(transform_key, cfg.blur_sigma_min, cfg.blur_sigma_max), size,
+    sigma_key = jax.random.split(transform_key, 1)[0]  # official: split(transform, 1)
+    x = _BLUR(x, unif(sigma_key, cfg.blur_sigma_min, cfg.blur_sigma_max), size,
               cfg.blur_padding)
   if bern('solarize', solarize_key, cfg.solarize_prob):
     x = _OPS['solarize'](x, cfg.solarize_threshold)
@@ -273,8 +278,9 @@ def test_matches_sequential_reference_of_the_spec(view, overrides, count):
   out = _augment(keys, images, view, **overrides)
   cfg, fired = _cfg(view, **overrides), {}
   for i in range(count):
-    np.testing.assert_allclose(out[i], _reference_augment(keys[i], images[i], cfg, fired),
-                               atol=2e-6, err_msg=f'image {i}')
+    np.testing.assert_allclose(
+        out[i], _reference_augment(jax.random.split(keys[i], 4), images[i], cfg, fired),
+        atol=2e-6, err_msg=f'image {i}')
   # The compared images took every random branch both ways, except the fixed ones.
   if view == 1:
     assert fired.pop('color') == {False} and fired.pop('blur') == {True}
@@ -282,6 +288,29 @@ def test_matches_sequential_reference_of_the_spec(view, overrides, count):
   else:
     assert fired.pop('color') == {True}
   assert all(v == {True, False} for v in fired.values()), fired
+
+
+def test_official_key_derivation_matches_the_reference():
+  """augmentation.rng='official': one key per view and device, split per op, then per
+  image (the official `postprocess`), below which the per-image tree is the same."""
+  _, images = _batch()
+  batch, view_key = 48, jax.random.key(7)
+  cfg, fired = _cfg(2, **FULL), {}
+  out = np.asarray(jax.jit(lambda k, x: aug.augment_view_official(k, x, cfg))(
+      view_key, images[:batch]))
+  per_op = [jax.random.split(k, batch) for k in jax.random.split(view_key, 4)]
+  for i in range(batch):
+    np.testing.assert_allclose(
+        out[i], _reference_augment([keys[i] for keys in per_op], images[i], cfg, fired),
+        atol=2e-6, err_msg=f'image {i}')
+  assert fired.pop('color') == {True}
+  assert all(v == {True, False} for v in fired.values()), fired
+  # Raw uint32 keys give the same result; official_view_keys is split(device_key, 2).
+  raw = aug.augment_view_official(jax.random.key_data(view_key), images[:batch], cfg)
+  np.testing.assert_allclose(raw, out, atol=1e-6)
+  device_key = jax.random.PRNGKey(3)
+  np.testing.assert_array_equal(np.stack(aug.official_view_keys(device_key)),
+                                jax.random.split(device_key, 2))
 
 
 def test_probabilities_are_respected():

@@ -87,6 +87,32 @@ def test_stop_and_resume_is_bit_identical(full_run, tmp_path):
     assert np.array_equal(a, b), jax.tree_util.keystr(path)
 
 
+def test_official_behaviour_run_resumes_bit_identically(tmp_path):
+  """config.use_official_behaviour: BN init from the first batch (consumed, not trained
+  on), the official augmentation key chain; stopping and resuming changes nothing."""
+  def official_config():
+    config = small_demo_config()
+    config.evaluation.at_start = False
+    config_lib.use_official_behaviour(config)
+    return config
+
+  assert official_config().model.zero_init_last_bn is False  # basic blocks: Haiku's rule
+  full, parts = str(tmp_path / 'full'), str(tmp_path / 'parts')
+  train.train_and_evaluate(official_config(), full)
+  config = official_config()
+  config.training.max_steps_per_run = 3
+  assert train.train_and_evaluate(config, parts) == {'stopped_at_step': 3}
+  train.train_and_evaluate(official_config(), parts)
+  (a, meta), (b, _) = _final_state(full), _final_state(parts)
+  leaves = lambda s: jax.tree_util.tree_flatten_with_path(s)[0]
+  for (path, x), (_, y) in zip(leaves(a), leaves(b)):
+    assert np.array_equal(x, y), jax.tree_util.keystr(path)
+  # Two BN calls (one per view) per step.
+  counters = {int(v) for p, v in leaves(a['online_state']) if 'counter' in jax.tree_util.keystr(p)}
+  assert counters == {2 * TOTAL_STEPS}
+  assert meta['examples_consumed'] == (TOTAL_STEPS + 1) * 16  # the init batch included
+
+
 def test_config_validation_names_bad_values():
   config = small_demo_config()
   config.training.batch_size = 15

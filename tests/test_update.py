@@ -149,3 +149,68 @@ def test_accumulation_applies_optimizer_and_ema_once_per_call(batches):
       np.testing.assert_allclose(a[key], p[key], rtol=1e-6, atol=1e-7, err_msg=key)
   counters = [v for k, v in _flat(state_a.online_state).items() if k.endswith('counter')]
   assert all(int(c[0]) == 8 for c in counters)  # 2 calls x 2 micro-batches x 2 views
+
+
+def test_official_augmentation_rng_chain_and_device_split(batches):
+  """augmentation.rng='official': the loop key starts at PRNGKey(0) and is split every
+  step into (step key, next); the step key is split over the devices and each device
+  augments its shard with its own key (spec 6.3, 7.4)."""
+  from byol_jax import augmentations, losses
+  num_devices = min(2, jax.local_device_count())
+  run = runner(num_devices, augmentation__rng='official')
+  state0 = run.init()
+  np.testing.assert_array_equal(state0.rng, jax.random.PRNGKey(0))
+  state1, metrics = run.run(batches[:1], state0)
+  step_key, next_key = jax.random.split(jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(state1.rng[0], next_key)
+
+  cfg, net = run.config.augmentation, run.network
+
+  def expected(key, view1, view2):
+    key1, key2 = augmentations.official_view_keys(key)
+    views = (augmentations.augment_view_official(key1, view1, cfg.view1),
+             augmentations.augment_view_official(key2, view2, cfg.view2))
+    online = [net.apply(state0.online_params, state0.online_state, v, True)[0]
+              for v in views]
+    target = [net.apply(state0.target_params, state0.target_state, v, True, target=True)[0]
+              for v in views]
+    loss = losses.byol_loss(online[0]['prediction'], online[1]['prediction'],
+                            target[0]['projection'], target[1]['projection'])
+    return jax.lax.pmean(loss, update.AXIS_NAME)
+
+  sharded = shard(batches[0], num_devices)
+  loss = jax.pmap(expected, axis_name=update.AXIS_NAME, devices=run.devices)(
+      jax.random.split(step_key, num_devices), sharded['view1'], sharded['view2'])
+  np.testing.assert_allclose(metrics[0]['repr_loss'], float(loss[0]), rtol=0, atol=4e-6)
+  # A per-image run of the same batch augments differently.
+  _, per_image = runner(num_devices).run(batches[:1])
+  assert abs(per_image[0]['repr_loss'] - metrics[0]['repr_loss']) > 1e-4
+
+
+def test_first_batch_bn_init_is_the_official_pmapped_init(batches):
+  """model.bn_init='first_batch': Haiku's init on view 1 of the first batch, moments
+  synced over devices: EMA counters and hidden 0, `average` = the batch statistics."""
+  from byol_jax import networks
+  net = runner(1).network
+  key = jax.random.PRNGKey(0)
+  batch = batches[0]
+  states = {n: networks.init_network_from_batch(net, key, shard(batch, n)['view1'])
+            for n in sorted({1, min(2, jax.local_device_count())})}
+  params, state = states[1]
+  reference_params, _ = networks.init_network(net, key, IMAGE)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params)):
+    np.testing.assert_array_equal(a, b)  # params depend on the key alone
+  flat = _flat(state)
+  for key_, value in flat.items():
+    if key_.endswith(('counter', 'hidden')):
+      assert not np.any(value), key_
+    np.testing.assert_allclose(_flat(states[max(states)][1])[key_], value, rtol=0,
+                               atol=7e-6, err_msg=key_)
+  # Stem BN mean: the mean of view 1's stem convolution over the whole global batch.
+  w = params['tiny_res_net/~/initial_conv']['w']
+  x = networks.normalize_images(jax.numpy.asarray(batch['view1']))
+  y = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(
+      flat['tiny_res_net/~/initial_batchnorm/~/mean_ema/average'].reshape(-1),
+      np.asarray(y).mean(axis=(0, 1, 2)), rtol=0, atol=2e-6)
