@@ -10,7 +10,8 @@ or `shard_map` alike.
 Deliberate differences from the official code (all documented in the README):
 - Augmentation keys are derived per image from (seed, step, view, global example index)
   instead of per device, so the result does not depend on how the global batch is split
-  over devices, hosts or accumulation micro-batches.
+  over devices, hosts or accumulation micro-batches (`augmentation.rng='official'`
+  restores the official per-device key chain).
 - The target network runs the encoder and projector only (its predictor and classifier
   outputs are unused); its parameter tree is still the full official tree and the EMA
   covers all of it.
