@@ -26,6 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
   """Paper main setting: ResNet-50, ImageNet, batch 4096, 1000 epochs."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # JAX's PRNG bit generator. True is JAX's default since 0.5; the official code ran on
+  # JAX releases whose threefry was not partitionable, so only False reproduces its
+  # init and augmentation keys bit for bit (use_official_behaviour sets it).
+  config.threefry_partitionable = True
 
   config.data = ml_collections.ConfigDict(dict(
       dataset='imagenet2012',
@@ -103,7 +107,8 @@ def use_official_behaviour(config: ml_collections.ConfigDict) -> None:
 
   Call it after choosing the encoder. Zero-init of the last bottleneck BN scale, independent target init, the official
   BN initialisation from the first batch (consumed, not trained on) and the official
-  augmentation key chain. What has no flag (uint8 host crops, the data order, the
+  augmentation key chain, drawn from the non-partitionable threefry of the JAX releases
+  the official code ran on. What has no flag (uint8 host crops, the data order, the
   target skipping its unused heads) stays as documented.
   """
   # Haiku's BlockV1 zero-inits the last BN scale of bottleneck blocks only.
@@ -111,6 +116,7 @@ def use_official_behaviour(config: ml_collections.ConfigDict) -> None:
   config.model.target_init = 'independent'
   config.model.bn_init = 'first_batch'
   config.augmentation.rng = 'official'
+  config.threefry_partitionable = False
 
 
 def small_images_config(dataset: str) -> ml_collections.ConfigDict:
@@ -181,6 +187,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int,
   check(config.augmentation.get('rng', 'per_image') in update.AUGMENTATION_RNG_MODES,
         f'augmentation.rng={config.augmentation.get("rng")!r} must be one of '
         f'{update.AUGMENTATION_RNG_MODES}.')
+  check(isinstance(config.get('threefry_partitionable', True), bool),
+        f'threefry_partitionable={config.get("threefry_partitionable")!r} must be True '
+        '(JAX default) or False (the official code\'s PRNG bits).')
   check(config.data.crop_sampler in ('official', 'inception'),
         f"data.crop_sampler={config.data.crop_sampler!r} must be 'official' or 'inception'.")
   check(config.data.image_size >= 8,

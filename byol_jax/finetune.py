@@ -25,10 +25,8 @@ The encoder runs in float32 here whatever the pretraining precision.
 from __future__ import annotations
 
 import json
-import os
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-from absl import logging
 import haiku as hk
 import jax
 import ml_collections
@@ -40,6 +38,7 @@ from byol_jax import evaluation
 from byol_jax import input_pipeline
 from byol_jax import linear_eval
 from byol_jax import losses
+from byol_jax import metric_writers
 from byol_jax import networks
 from byol_jax import update
 
@@ -102,7 +101,7 @@ def training_split(config: ml_collections.ConfigDict) -> tuple[str, dict]:
   labels = split_labels(data, data.train_split, linear_eval.eval_batch_size(config))
   positions = class_balanced_subset(labels, config.label_fraction, config.subset_seed)
   counts = np.bincount(labels[positions], minlength=int(labels.max()) + 1)
-  logging.info('label subset: %d of %d examples (fraction %g, seed %d), per class %s',
+  metric_writers.progress('label subset: %d of %d examples (fraction %g, seed %d), per class %s',
                len(positions), len(labels), config.label_fraction, config.subset_seed,
                counts.tolist())
   return subset_split(data, data.train_split, positions), dict(
@@ -243,7 +242,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       if linear_eval.select_best(results['sweep'],
                                  config.evaluation.selection_metric) == len(results['sweep']) - 1:
         best = (params, state)
-      logging.info('%s: validation %s', name, run['validation'])
+      metric_writers.progress('%s: validation %s', name, run['validation'])
       linear_eval.write_results(workdir, results)
   index = linear_eval.select_best(results['sweep'], config.evaluation.selection_metric)
   results['selected'] = dict(results['sweep'][index], selection=dict(
@@ -252,7 +251,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                      if data.test_split else None)
   results['status'] = 'done'
   path = linear_eval.write_results(workdir, results)
-  logging.info('selected %s; test %s; written to %s', results['selected'], results['test'],
+  metric_writers.progress('selected %s; test %s; written to %s', results['selected'], results['test'],
                path)
   return results
 

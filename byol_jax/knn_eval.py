@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from typing import Optional, Sequence
 
-from absl import logging
 import ml_collections
 
 from byol_jax import checkpointing
 from byol_jax import evaluation
 from byol_jax import input_pipeline
 from byol_jax import linear_eval
+from byol_jax import metric_writers
 from byol_jax import update
 
 
@@ -39,7 +39,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   batch_size = linear_eval.eval_batch_size(config)
 
   def features(data_config, split):
-    logging.info('kNN: features of %s %s', data_config.dataset, split)
+    metric_writers.progress('kNN: features of %s %s', data_config.dataset, split)
     return linear_eval.split_features(data_config, split, batch_size, features_fn,
                                       params, state)
 
@@ -61,7 +61,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     results[key] = dict(top1_accuracy=metrics['knn_top1_accuracy'],
                         top5_accuracy=metrics['knn_top5_accuracy'],
                         num_examples=int(queries.labels.shape[0]), split=split)
-    logging.info('kNN %s (%s): %s', key, split, results[key])
+    metric_writers.progress('kNN %s (%s): %s', key, split, results[key])
   results['status'] = 'done'
   linear_eval.write_results(workdir, results)
   return results

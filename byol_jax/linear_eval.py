@@ -37,7 +37,6 @@ Helpers shared with fine-tuning and kNN (`load_encoder_source`, `encoder_feature
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -55,6 +54,7 @@ from byol_jax import config as config_lib
 from byol_jax import evaluation
 from byol_jax import input_pipeline
 from byol_jax import losses
+from byol_jax import metric_writers
 from byol_jax import networks
 from byol_jax import official_import
 from byol_jax import schedules
@@ -241,7 +241,7 @@ class Progress:
     elapsed = time.time() - self.start
     rate = step / elapsed if elapsed > 0 else float('nan')
     left = (self.total - step) / rate if rate > 0 else float('nan')
-    logging.info('%s: step %d/%d (%.1f steps/s, %.0f s left) %s', self.what, step,
+    metric_writers.progress('%s: step %d/%d (%.1f steps/s, %.0f s left) %s', self.what, step,
                  self.total, rate, left, message)
 
 
@@ -484,7 +484,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       config=json.loads(config.to_json_best_effort()), num_classes=num_classes,
       num_train_examples=num_train, total_steps=num_steps, status='training')
   write_results(workdir, results)
-  logging.info('linear eval of %s (%s, step %d) on %s: %d classes, %d train examples, '
+  metric_writers.progress('linear eval of %s (%s, step %d) on %s: %d classes, %d train examples, '
                '%d steps at batch %d, peak lrs %s', pretrained.source, model_config.encoder,
                pretrained.step, data.dataset, num_classes, num_train, num_steps,
                config.training.batch_size, peaks)
@@ -512,7 +512,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   results.update(sweep_report(heads, sweep, validation, test_fn,
                               config.evaluation.selection_metric), status='done')
   path = write_results(workdir, results)
-  logging.info('selected base lr %s on %s: %s; test (%s): %s; written to %s',
+  metric_writers.progress('selected base lr %s on %s: %s; test (%s): %s; written to %s',
                results['selected']['base_lr'], data.eval_split or '-',
                results['selected'].get('validation'), data.test_split or '-',
                results['test'], path)
@@ -569,7 +569,8 @@ def cli_main(fn, default_config: str, argv: Optional[list[str]] = None) -> None:
   def main(args):
     if len(args) > 1:
       raise app.UsageError(f'unexpected arguments: {args[1:]}')
-    logging.set_verbosity(logging.INFO)
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)  # library INFO chatter hides the progress
     results = fn(config_flag.value, os.path.expanduser(workdir_flag.value))
     print(json.dumps({k: results[k] for k in ('selected', 'validation', 'test')
                       if k in results},

@@ -63,3 +63,8 @@ def progress_line(step: int, total: int, scalars: Mapping[str, float], images_pe
 def console(message: str) -> None:
   if jax.process_index() == 0:
     print(message, file=sys.stdout, flush=True)
+
+
+def progress(message: str, *args) -> None:
+  """A %-formatted progress line on the console (process 0), as the training loop's."""
+  console(message % args if args else message)

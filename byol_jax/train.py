@@ -12,11 +12,9 @@ SIGTERM/SIGINT (preemption) write a checkpoint and exit 0.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
-from typing import Optional
 
 from absl import app
 from absl import flags
@@ -31,7 +29,6 @@ from byol_jax import config as config_lib
 from byol_jax import evaluation
 from byol_jax import input_pipeline
 from byol_jax import metric_writers
-from byol_jax import networks
 from byol_jax import update
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -110,6 +107,13 @@ def input_position(step: int, batch_size: int, num_train: int) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains per `config` in `workdir`; returns the final evaluation metrics."""
   config_lib.validate(config, device_count=jax.device_count())
+  # The PRNG bit generator is JAX-global: scoped here so init and every traced step
+  # draw the same bits (the official ones when False).
+  with jax.threefry_partitionable(config.get('threefry_partitionable', True)):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_train, num_classes = prepare_data(config)
   config_lib.validate(config, device_count=jax.device_count(), num_train_examples=num_train)
   settings = update.settings_from_config(config, num_train, num_classes)

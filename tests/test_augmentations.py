@@ -330,8 +330,10 @@ def test_probabilities_are_respected():
 
   # Without colour, each output is one of the 8 images sol?(blur?(flip?(x))), and the one
   # it matches says what fired. Each image's sigma comes from its key (spec 6.3).
+  # Blur key -> (apply, transform); sigma from split(transform, 1)[0], as the official.
   sigmas = jax.vmap(lambda k: jax.random.uniform(
-      jax.random.split(jax.random.split(k, 4)[2])[1], (), jnp.float32, 0.1, 2.0))(keys)
+      jax.random.split(jax.random.split(jax.random.split(k, 4)[2])[1], 1)[0], (),
+      jnp.float32, 0.1, 2.0))(keys)
   blur = jax.jit(jax.vmap(lambda y, s: aug.gaussian_blur(y, s, 3)))
   candidates = {}
   for flip in (False, True):

@@ -112,6 +112,16 @@ def test_official_behaviour_run_resumes_bit_identically(tmp_path):
   counters = {int(v) for p, v in leaves(a['online_state']) if 'counter' in jax.tree_util.keystr(p)}
   assert counters == {2 * TOTAL_STEPS}
   assert meta['examples_consumed'] == (TOTAL_STEPS + 1) * 16  # the init batch included
+  # The official loop key, PRNGKey(0) split once per step, in the non-partitionable
+  # threefry bits of the JAX releases the official code ran on.
+  def loop_key(partitionable):
+    with jax.threefry_partitionable(partitionable):
+      key = jax.random.PRNGKey(0)
+      for _ in range(TOTAL_STEPS):
+        key = jax.random.split(key)[1]
+      return np.asarray(key)
+  assert np.array_equal(np.asarray(a['rng']), loop_key(False))
+  assert not np.array_equal(loop_key(False), loop_key(True))
 
 
 def test_config_validation_names_bad_values():
