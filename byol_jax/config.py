@@ -105,11 +105,12 @@ def apply_imagenet_preset(config: ml_collections.ConfigDict, epochs: int) -> Non
 def use_official_behaviour(config: ml_collections.ConfigDict) -> None:
   """Switches every flagged deviation of the README to the official code's behaviour.
 
-  Call it after choosing the encoder. Zero-init of the last bottleneck BN scale, independent target init, the official
-  BN initialisation from the first batch (consumed, not trained on) and the official
-  augmentation key chain, drawn from the non-partitionable threefry of the JAX releases
-  the official code ran on. What has no flag (uint8 host crops, the data order, the
-  target skipping its unused heads) stays as documented.
+  Call it after choosing the encoder. Sets zero-init of the last bottleneck BN scale,
+  the independent target init, the official BN initialisation from the first batch
+  (consumed, not trained on), the official augmentation key chain, and the
+  non-partitionable threefry bits of the JAX releases the official code ran on. What has
+  no flag (uint8 host crops, the data order, the target skipping its unused heads) stays
+  as documented.
   """
   # Haiku's BlockV1 zero-inits the last BN scale of bottleneck blocks only.
   config.model.zero_init_last_bn = networks.ENCODERS[config.model.encoder].bottleneck

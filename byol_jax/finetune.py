@@ -102,8 +102,8 @@ def training_split(config: ml_collections.ConfigDict) -> tuple[str, dict]:
   positions = class_balanced_subset(labels, config.label_fraction, config.subset_seed)
   counts = np.bincount(labels[positions], minlength=int(labels.max()) + 1)
   metric_writers.progress('label subset: %d of %d examples (fraction %g, seed %d), per class %s',
-               len(positions), len(labels), config.label_fraction, config.subset_seed,
-               counts.tolist())
+                          len(positions), len(labels), config.label_fraction, config.subset_seed,
+                          counts.tolist())
   return subset_split(data, data.train_split, positions), dict(
       label_fraction=float(config.label_fraction), subset_seed=int(config.subset_seed),
       num_examples=int(len(positions)), per_class=counts.tolist())
@@ -251,8 +251,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                      if data.test_split else None)
   results['status'] = 'done'
   path = linear_eval.write_results(workdir, results)
-  metric_writers.progress('selected %s; test %s; written to %s', results['selected'], results['test'],
-               path)
+  metric_writers.progress('selected %s; test %s; written to %s', results['selected'],
+                          results['test'], path)
   return results
 
 

@@ -41,7 +41,6 @@ import os
 import time
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from absl import logging
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -242,7 +241,7 @@ class Progress:
     rate = step / elapsed if elapsed > 0 else float('nan')
     left = (self.total - step) / rate if rate > 0 else float('nan')
     metric_writers.progress('%s: step %d/%d (%.1f steps/s, %.0f s left) %s', self.what, step,
-                 self.total, rate, left, message)
+                            self.total, rate, left, message)
 
 
 # ---------------------------------------------------------- linear heads ---
@@ -484,10 +483,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
       config=json.loads(config.to_json_best_effort()), num_classes=num_classes,
       num_train_examples=num_train, total_steps=num_steps, status='training')
   write_results(workdir, results)
-  metric_writers.progress('linear eval of %s (%s, step %d) on %s: %d classes, %d train examples, '
-               '%d steps at batch %d, peak lrs %s', pretrained.source, model_config.encoder,
-               pretrained.step, data.dataset, num_classes, num_train, num_steps,
-               config.training.batch_size, peaks)
+  metric_writers.progress('linear eval of %s (%s, step %d) on %s: %d classes, %d train '
+                          'examples, %d steps at batch %d, peak lrs %s', pretrained.source,
+                          model_config.encoder, pretrained.step, data.dataset, num_classes,
+                          num_train, num_steps, config.training.batch_size, peaks)
   features_fn = encoder_features_fn(model_config)
   params, state = update.replicate((pretrained.online_params, pretrained.online_state))
   if config.fast_features:
@@ -513,9 +512,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                               config.evaluation.selection_metric), status='done')
   path = write_results(workdir, results)
   metric_writers.progress('selected base lr %s on %s: %s; test (%s): %s; written to %s',
-               results['selected']['base_lr'], data.eval_split or '-',
-               results['selected'].get('validation'), data.test_split or '-',
-               results['test'], path)
+                          results['selected']['base_lr'], data.eval_split or '-',
+                          results['selected'].get('validation'), data.test_split or '-',
+                          results['test'], path)
   return results
 
 
@@ -569,8 +568,7 @@ def cli_main(fn, default_config: str, argv: Optional[list[str]] = None) -> None:
   def main(args):
     if len(args) > 1:
       raise app.UsageError(f'unexpected arguments: {args[1:]}')
-    if not flags.FLAGS['verbosity'].present:
-      logging.set_verbosity(logging.WARNING)  # library INFO chatter hides the progress
+    metric_writers.quiet_library_logs()
     results = fn(config_flag.value, os.path.expanduser(workdir_flag.value))
     print(json.dumps({k: results[k] for k in ('selected', 'validation', 'test')
                       if k in results},

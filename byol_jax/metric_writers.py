@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Mapping
 
+from absl import flags
+from absl import logging
 import jax
 
 METRICS_FILE = 'metrics.jsonl'
@@ -68,3 +70,9 @@ def console(message: str) -> None:
 def progress(message: str, *args) -> None:
   """A %-formatted progress line on the console (process 0), as the training loop's."""
   console(message % args if args else message)
+
+
+def quiet_library_logs() -> None:
+  """WARNING unless --verbosity was given: library INFO chatter hides the progress lines."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)

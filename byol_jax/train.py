@@ -267,8 +267,7 @@ def _initialize_distributed() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # library INFO chatter hides the progress lines
+  metric_writers.quiet_library_logs()
   _initialize_distributed()
   config = _CONFIG.value
   if config is None:
